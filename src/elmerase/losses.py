@@ -1,0 +1,86 @@
+"""The ELM target and losses as pure tensor functions (Gandikota et al. 2024, arXiv 2410.02760).
+
+Positions are flattened: every function works on ``[N, V]`` rows, one per real (non-padding) token position.
+A target distribution is kept sparse as ``(indices [N, k], probs [N, k])``; the full vocabulary is k = V.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def eta_per_position(lengths: list[int], eta: float, schedule: str = "constant", eta_start: float = 1.0,
+                     device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """eta for each flattened position: constant, or a linear ramp eta_start -> eta over each text's positions.
+
+    The ramp restarts for every text (the reference code ramps over one text at a time, batch size 1).
+    """
+    parts = []
+    for n in lengths:
+        if schedule == "linear":
+            parts.append(torch.linspace(eta_start, eta, n, dtype=torch.float64))
+        else:
+            parts.append(torch.full((n,), float(eta), dtype=torch.float64))
+    return torch.cat(parts).to(device=device, dtype=dtype)
+
+
+def elm_target_logits(logits_base: torch.Tensor, logits_expert: torch.Tensor, logits_novice: torch.Tensor,
+                      eta: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log P(x_t) + eta_t * (log P(x_t | c+) - log P(x_t | c-)), each term a log-softmax of logits / T.
+
+    c+ is the novice context, c- the expert context: mass moves from what an expert would say to what a
+    novice would say. Computed in the dtype of the inputs (call with float32 or float64).
+    """
+    logp_base = F.log_softmax(logits_base / temperature, dim=-1)
+    logp_expert = F.log_softmax(logits_expert / temperature, dim=-1)
+    logp_novice = F.log_softmax(logits_novice / temperature, dim=-1)
+    return logp_base + eta[:, None] * (logp_novice - logp_expert)
+
+
+def top_k_distribution(target_logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the k largest logits per row (the rest -inf) and softmax: P' as (indices, probs).
+
+    k = 0 or k >= V keeps the whole vocabulary.
+    """
+    vocab = target_logits.shape[-1]
+    if k <= 0 or k >= vocab:
+        probs = torch.softmax(target_logits, dim=-1)
+        indices = torch.arange(vocab, device=target_logits.device).expand_as(probs)
+        return indices, probs
+    values, indices = torch.topk(target_logits, k, dim=-1)
+    return indices, torch.softmax(values, dim=-1)
+
+
+def soft_cross_entropy(logits: torch.Tensor, indices: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """Per-row H(P', Q) = -sum_j P'_j log Q_j with Q = softmax(logits), P' sparse on ``indices``.
+
+    Uses log Q_j = logits_j - logsumexp(logits), so no [N, V] log-softmax copy is made:
+    H = sum_j P'_j * logsumexp(logits) - sum_j P'_j * logits_j.
+    """
+    logits = logits.float()
+    probs = probs.to(logits.dtype)
+    lse = torch.logsumexp(logits, dim=-1)
+    picked = logits.gather(-1, indices)
+    return lse * probs.sum(-1) - (probs * picked).sum(-1)
+
+
+def kl_divergence(logits: torch.Tensor, indices: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """Per-row KL(P' || Q) = H(P', Q) - H(P'); same gradient as the cross-entropy."""
+    p = probs.to(torch.float32)
+    entropy = -(p * torch.log(p.clamp_min(1e-30))).sum(-1)
+    return soft_cross_entropy(logits, indices, probs) - entropy
+
+
+def hard_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-row -log Q(label)."""
+    return F.cross_entropy(logits.float(), labels, reduction="none")
+
+
+def distribution_loss(kind: str, logits: torch.Tensor, indices: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of 'ce' / 'soft_ce' (cross-entropy) or 'kl' against a (sparse) target distribution."""
+    if kind in ("ce", "soft_ce"):
+        return soft_cross_entropy(logits, indices, probs).mean()
+    if kind == "kl":
+        return kl_divergence(logits, indices, probs).mean()
+    raise ValueError(f"unknown loss '{kind}': use ce, soft_ce or kl")
