@@ -66,17 +66,22 @@ def erase(config: Any, model=None, tokenizer=None, progress: bool = True, keep_m
     run = prepare(cfg, model, tokenizer, progress)
     history = train(run, progress)
     with staged_folder(out, cfg.output.overwrite) as stage:
-        save_adapter(run.model, stage)
-        write_config(stage, to_dict(cfg))
-        write_metrics(stage, history)
-        plot_losses(stage, history)
-        write_samples(stage, side_by_side(run.model, run.tokenizer, sample_prompts(cfg),
-                                          cfg.output.sample_max_new_tokens))
-        if cfg.output.merge:
-            save_merged(run.model, run.tokenizer, stage)
+        write_erase_outputs(stage, run, history)
     seconds = time.perf_counter() - start
     log.info("wrote %s in %.1f s", out, seconds)
     return EraseResult(out, dict(history[-1]) if history else {}, history, seconds, run if keep_model else None)
+
+
+def write_erase_outputs(folder: Path, run: Run, history: list[dict]) -> None:
+    """adapter/, config.yaml, metrics.jsonl, losses.png, samples.md (and merged/) into ``folder``."""
+    cfg = run.cfg
+    save_adapter(run.model, folder)
+    write_config(folder, to_dict(cfg))
+    write_metrics(folder, history)
+    plot_losses(folder, history)
+    write_samples(folder, side_by_side(run.model, run.tokenizer, sample_prompts(cfg), cfg.output.sample_max_new_tokens))
+    if cfg.output.merge:
+        save_merged(run.model, run.tokenizer, folder)
 
 
 def replace(cfg: EraseConfig, **sections: dict) -> EraseConfig:
