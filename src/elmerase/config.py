@@ -132,6 +132,29 @@ class TrainSettings:
 
 
 @dataclass
+class SpeedSettings:
+    """Switches of the fast engine. The ones on by default give the plain path's losses and gradients (tested)."""
+
+    fused_loss: bool = _f(True, "Apply the LM head only at the positions that carry a loss or a target, in chunks, "
+                          "fused with the cross-entropy and its gradient: no [B, T, V] logits. Same losses.")
+    loss_chunk: int = _f(0, "Positions per LM-head chunk of the fused loss and targets (0: about 64 MB of logits).")
+    prefix_cache: bool = _f(True, "Encode each expert / novice template once (frozen model) and reuse its keys and "
+                            "values; bare, expert and novice rows then run only the text, in one batch. Same targets.")
+    shared_lower_layers: bool = _f(True, "Run the layers below the first LoRA layer once per batch (frozen pass) and "
+                                   "start the student pass from those hidden states. Same losses.")
+    fused_guidance: bool = _f(True, "Fluency sampling: mix the base, expert and novice streams' hidden states, "
+                              "then one LM-head product instead of three. Same scores within float rounding.")
+    retain_cache: bool = _f(True, "Keep the frozen model's hard retain labels per retain text (hard_ce only) so a "
+                            "reused retain text needs no frozen pass. Same losses.")
+    autocast: bool = _f(False, "bfloat16 autocast of all passes on CUDA (use with model.dtype=bfloat16). Changes the "
+                        "numbers within bf16 precision; off on CPU.")
+    gradient_checkpointing: bool = _f(False, "Recompute decoder layers in the backward pass: less memory, ~30% "
+                                      "more time. Same losses.")
+    bucket_by_length: bool = _f(False, "Draw batch_size x grad_accum texts per step and group them by length into "
+                                "the micro-batches (less padding). Same samples per step, different grouping.")
+
+
+@dataclass
 class OutputSettings:
     """Where and what to write."""
 
@@ -155,6 +178,7 @@ class EraseConfig:
     prompts: PromptSettings = field(default_factory=PromptSettings)
     fluency: FluencySettings = field(default_factory=FluencySettings)
     train: TrainSettings = field(default_factory=TrainSettings)
+    speed: SpeedSettings = field(default_factory=SpeedSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
 
     def validate(self) -> None:
@@ -173,6 +197,8 @@ class EraseConfig:
         positive = {"train.steps": self.train.steps, "train.batch_size": self.train.batch_size,
                     "train.grad_accum": self.train.grad_accum, "lora.rank": self.lora.rank,
                     "data.max_tokens": self.data.max_tokens}
+        if self.speed.loss_chunk < 0:
+            raise ConfigError(f"speed.loss_chunk={self.speed.loss_chunk} must be 0 (auto) or positive")
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{name}={value} must be at least 1")

@@ -25,7 +25,7 @@ def text_seed(run_seed: int, text: str) -> int:
 
 def build_fluency_set(model, tokenizer, texts: list[str], text_ids: list[list[int]], concept: str,
                       bank: PromptBank, settings: FluencySettings, bos: list[int], run_seed: int,
-                      progress: bool = True) -> list[FluencyExample]:
+                      progress: bool = True, fused: bool = True) -> list[FluencyExample]:
     """One FluencyExample per erase text; continuations come from the cache or are sampled in batches.
 
     Call with the adapter disabled (the frozen model generates). The prompt is BOS + text + '. ' + deflection;
@@ -54,10 +54,12 @@ def build_fluency_set(model, tokenizer, texts: list[str], text_ids: list[list[in
         log.info("generating %d fluency continuations (%d cached)", len(missing), len(plans) - len(missing))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     bar = tqdm(total=len(missing), desc="fluency generation", unit="text", disable=not progress)
-    order = sorted(missing, key=lambda p: len(p[3].prompt))  # similar lengths together: less padding
+    # similar continuation and prompt lengths together: rows finish together, little padding
+    order = sorted(missing, key=lambda p: (p[3].max_new_tokens, len(p[3].prompt)))
     for start in range(0, len(order), settings.batch_size):
         chunk = order[start: start + settings.batch_size]
-        outs = guided_sample(model, [p[3] for p in chunk], settings.gamma, pad, tokenizer.eos_token_id)
+        outs = guided_sample(model, [p[3] for p in chunk], settings.gamma, pad, tokenizer.eos_token_id,
+                             fused=fused)
         for (key, *_), out in zip(chunk, outs):
             cache.put(key, out, tokenizer.decode(out))
         bar.update(len(chunk))

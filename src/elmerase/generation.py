@@ -12,6 +12,7 @@ Each row draws from its own seeded generator, so a continuation does not depend 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -20,6 +21,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers import DynamicCache
+
+from .passes import decode, split_model
 
 log = logging.getLogger(__name__)
 
@@ -54,54 +58,95 @@ def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
     return ids.to(device), mask.to(device)
 
 
-def _forward(model, ids, mask, cache=None):
+def _forward(model, ids, mask, cache=None, split=None, keep_cache=True):
+    """The last position's logits (or, with ``split``, its final hidden states) and the updated cache."""
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
     if cache is not None:
         positions = positions[:, -ids.shape[1]:]
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
-    return out.logits[:, -1], out.past_key_values
+    if split is not None:
+        if cache is None and keep_cache:
+            cache = DynamicCache(config=split.decoder.config)
+        return decode(split, ids, mask, positions, cache)[:, -1], cache
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=keep_cache,
+                logits_to_keep=1)
+    return out.logits[:, -1], out.cache
+
+
+def mixed_guided_scores(split, base: torch.Tensor, expert: torch.Tensor, novice: torch.Tensor,
+                        gamma: float) -> torch.Tensor:
+    """``guided_scores`` from the streams' final hidden states with one LM-head product instead of three.
+
+    The logits are linear in the hidden states, so z_base - gamma * (z_expert - z_novice) = W (h_base - gamma *
+    (h_expert - h_novice)) + b, and the log-softmax normalizers are one constant per row: the result is
+    ``guided_scores`` normalized, the same sampling distribution (tests/test_equivalence.py).
+    """
+    head = split.head
+    mixed = base.float() - gamma * (expert.float() - novice.float())
+    return F.log_softmax(F.linear(mixed.to(head.weight.dtype), head.weight, head.bias).float(), dim=-1)
 
 
 @torch.inference_mode()
 def guided_sample(model, requests: list[GenerationRequest], gamma: float, pad_id: int,
-                  eos_id: int | None = None, use_cache: bool = True) -> list[list[int]]:
+                  eos_id: int | None = None, use_cache: bool = True, fused: bool = True) -> list[list[int]]:
     """Sample one continuation per request; the streams of all requests run in one batch per step.
 
-    With ``use_cache=False`` every step re-encodes the full streams (slow; the test reference).
+    A request that is done leaves the batch (its rows and cache entries are dropped), so a batch costs what its
+    live rows need. With ``fused`` (and a supported architecture) the three streams' hidden states are mixed
+    before one LM-head product (``mixed_guided_scores``). With ``use_cache=False`` every step re-encodes the full
+    streams (slow; the test reference).
     """
     device = next(model.parameters()).device
-    n = len(requests)
-    guided = gamma != 0
+    streams_per = 3 if gamma != 0 else 1
+    split = split_model(model) if fused and streams_per == 3 else None
     streams = [r.prompt for r in requests]
-    if guided:
+    if streams_per == 3:
         streams += [r.expert for r in requests] + [r.novice for r in requests]
     generators = [torch.Generator().manual_seed(r.seed) for r in requests]
     ids, mask = _left_pad(streams, pad_id, device)
-    logits, cache = _forward(model, ids, mask)
+    logits, cache = _forward(model, ids, mask, split=split, keep_cache=use_cache)
     outputs: list[list[int]] = [[] for _ in requests]
-    done = [r.max_new_tokens <= 0 for r in requests]
-    while not all(done):
-        scores = guided_scores(logits[:n], logits[n:2 * n] if guided else None,
-                               logits[2 * n:] if guided else None, gamma)
+    live = [i for i, r in enumerate(requests) if r.max_new_tokens > 0]
+    if len(live) < len(requests):
+        ids, mask, logits, cache = _keep_rows(live, len(requests), streams_per, ids, mask, logits, cache)
+    while live:
+        n = len(live)
+        now = _streams(logits, n, streams_per)
+        scores = guided_scores(*now, gamma) if split is None else mixed_guided_scores(split, *now, gamma)
         probs = torch.softmax(scores, dim=-1).cpu()
-        step = torch.full((n,), pad_id, dtype=torch.long)
-        for i in range(n):
-            if done[i]:
-                continue
-            token = int(torch.multinomial(probs[i], 1, generator=generators[i]))
-            step[i] = token
-            outputs[i].append(token)
-            done[i] = token == eos_id or len(outputs[i]) >= requests[i].max_new_tokens
-        if all(done):
-            break
-        step_ids = step.repeat(3 if guided else 1).to(device)[:, None]
+        step = torch.empty(n, dtype=torch.long)
+        for j, i in enumerate(live):
+            step[j] = int(torch.multinomial(probs[j], 1, generator=generators[i]))
+            outputs[i].append(int(step[j]))
+        keep = [j for j, i in enumerate(live)
+                if int(step[j]) != eos_id and len(outputs[i]) < requests[i].max_new_tokens]
+        step_ids = step.repeat(streams_per).to(device)[:, None]
         ids = torch.cat([ids, step_ids], dim=1)
         mask = torch.cat([mask, torch.ones_like(step_ids)], dim=1)
+        if len(keep) < n:
+            ids, mask, step_ids, cache = _keep_rows(keep, n, streams_per, ids, mask, step_ids, cache)
+            live = [live[j] for j in keep]
+        if not live:
+            break
         if use_cache:
-            logits, cache = _forward(model, step_ids, mask, cache)
+            logits, cache = _forward(model, step_ids, mask, cache, split)
         else:
-            logits, _ = _forward(model, ids, mask)
+            logits, _ = _forward(model, ids, mask, split=split, keep_cache=False)
     return [out[:-1] if out and out[-1] == eos_id else out for out in outputs]
+
+
+def _streams(logits: torch.Tensor, n: int, streams_per: int):
+    """(base, expert, novice) logits of the n live requests; expert and novice None without guidance."""
+    if streams_per == 1:
+        return logits, None, None
+    return logits[:n], logits[n: 2 * n], logits[2 * n:]
+
+
+def _keep_rows(keep: list[int], n: int, streams_per: int, ids, mask, last, cache):
+    """Keep the rows of requests ``keep`` (positions among the n live ones) in every stream and in the cache."""
+    rows = torch.tensor([s * n + j for s in range(streams_per) for j in keep], dtype=torch.long, device=ids.device)
+    if cache is not None:
+        cache.batch_select_indices(rows)
+    return ids[rows], mask[rows], last[rows], cache
 
 
 # ------------------------------------------------------------------ on-disk cache

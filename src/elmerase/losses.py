@@ -84,3 +84,71 @@ def distribution_loss(kind: str, logits: torch.Tensor, indices: torch.Tensor, pr
     if kind == "kl":
         return kl_divergence(logits, indices, probs).mean()
     raise ValueError(f"unknown loss '{kind}': use ce, soft_ce or kl")
+
+
+def head_chunk_rows(vocab: int, chunk: int = 0, budget: int = 2**24) -> int:
+    """Positions per LM-head chunk: ``chunk`` when given, else so that a float32 [rows, V] block is ~64 MB."""
+    return chunk if chunk > 0 else max(1, budget // max(vocab, 1))
+
+
+class _FusedHeadCrossEntropy(torch.autograd.Function):
+    """mean_i H(P'_i, softmax(W h_i + b)) over N positions, chunked; dL/dh is computed in the forward pass.
+
+    Per row, with Q = softmax(z), z = W h + b and P' sparse on ``indices`` (sum s = sum_j P'_j):
+    L = s * logsumexp(z) - sum_j P'_j z_j  and  dL/dz = s * Q - P' (scattered), dL/dh = (dL/dz) W.
+    Only a [chunk, V] block of logits lives at a time; W gets no gradient (the LM head is frozen).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, indices, probs, chunk):
+        n = hidden.shape[0]
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        for start in range(0, n, chunk):
+            rows = slice(start, min(start + chunk, n))
+            logits = F.linear(hidden[rows], weight, bias).float()
+            p = probs[rows].to(torch.float32)
+            lse = torch.logsumexp(logits, dim=-1)
+            mass = p.sum(-1)
+            total += (lse * mass - (p * logits.gather(-1, indices[rows])).sum(-1)).sum()
+            if grad is not None:
+                dz = torch.exp(logits - lse[:, None]).mul_(mass[:, None] / n)
+                dz.scatter_add_(-1, indices[rows], -p / n)
+                grad[rows] = (dz.to(weight.dtype) @ weight).to(hidden.dtype)
+        ctx.save_for_backward(grad)
+        return total / n
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output.to(grad.dtype), None, None, None, None, None
+
+
+def fused_head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                             indices: torch.Tensor, probs: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+    """``soft_cross_entropy(F.linear(hidden, weight, bias), indices, probs).mean()`` without the [N, V] logits.
+
+    ``hidden`` [N, H] are the final hidden states at the loss positions; hard labels are k = 1 with probability 1.
+    Same value and same gradient with respect to ``hidden`` as the plain form (tests/test_equivalence.py).
+    """
+    if hidden.shape[0] == 0:
+        raise ValueError("fused_head_cross_entropy needs at least one position")
+    rows = head_chunk_rows(weight.shape[0], chunk)
+    return _FusedHeadCrossEntropy.apply(hidden, weight, bias, indices, probs, rows)
+
+
+def fused_kl_divergence(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                        indices: torch.Tensor, probs: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+    """Mean KL(P' || Q) = cross-entropy - H(P'); the entropy term has no gradient."""
+    p = probs.to(torch.float32)
+    entropy = -(p * torch.log(p.clamp_min(1e-30))).sum(-1).mean()
+    return fused_head_cross_entropy(hidden, weight, bias, indices, probs, chunk) - entropy
+
+
+def fused_distribution_loss(kind: str, hidden, weight, bias, indices, probs, chunk: int = 0) -> torch.Tensor:
+    """The fused counterpart of ``distribution_loss``."""
+    if kind in ("ce", "soft_ce"):
+        return fused_head_cross_entropy(hidden, weight, bias, indices, probs, chunk)
+    if kind == "kl":
+        return fused_kl_divergence(hidden, weight, bias, indices, probs, chunk)
+    raise ValueError(f"unknown loss '{kind}': use ce, soft_ce or kl")

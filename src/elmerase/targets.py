@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .config import ElmSettings
-from .losses import elm_target_logits, eta_per_position, top_k_distribution
+from .losses import elm_target_logits, eta_per_position, head_chunk_rows, top_k_distribution
+from .passes import SplitModel, TemplateCache, decode, layer_input
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -145,6 +147,126 @@ def rows_per_chunk(vocab: int, budget: int = 2**26) -> int:
 def _chunks(total: int, size: int):
     for start in range(0, total, size):
         yield slice(start, min(start + size, total))
+
+
+# ------------------------------------------------------------------ the same targets from hidden states
+
+@dataclass
+class FrozenHidden:
+    """Final hidden states of the frozen model at the positions that need logits, flattened in bare order.
+
+    ``lower`` holds the hidden states entering the first LoRA layer for the bare (or retain) rows, right-padded as
+    ``Batch.from_rows`` pads them, when a layer to capture was asked for.
+    """
+
+    rows: list[torch.Tensor]  # [base] or [base, expert, novice], each [N, H]
+    lower: torch.Tensor | None
+
+
+@torch.no_grad()
+def frozen_erase_hidden(split: SplitModel, templates: TemplateCache | None, examples: list[EraseExample],
+                        bos: list[int], pad_id: int, capture: int | None = None) -> FrozenHidden:
+    """One frozen pass over the bare, expert and novice rows (call inside ``disable_adapter()``).
+
+    With ``templates`` each prefixed row runs only from its aligned part on, after its prefix's cached keys and
+    values; the three query rows of an example then have the bare row's length and align position by position.
+    """
+    n = len(examples)
+    bare = [bos + ex.text for ex in examples]
+    if templates is not None and templates.fits(max(max(len(ex.expert), len(ex.novice)) for ex in examples)):
+        rows, prefixes = list(bare), [()] * n
+        for name in ("expert", "novice"):
+            for ex in examples:
+                shift = len(getattr(ex, name))
+                full = bos + getattr(ex, name) + ex.text
+                rows.append(full[shift:])
+                prefixes.append(tuple(full[:shift]))
+        cache, prefix_mask = templates.batched(prefixes)
+        batch = Batch.from_rows(rows, pad_id, prefix_mask.device)
+        shifts = prefix_mask.sum(-1, keepdim=True)
+        positions = shifts + torch.arange(batch.input_ids.shape[1], device=shifts.device)
+        mask = torch.cat([prefix_mask, batch.attention_mask], dim=1)
+        hidden, lower = _decode_capturing(split, capture, batch.input_ids, mask, positions, cache)
+        flat = hidden[batch.flat_positions()]
+        return FrozenHidden(list(flat.split(sum(len(r) for r in bare))), _rows_of(lower, bare))
+    expert = [bos + ex.expert + ex.text for ex in examples]
+    novice = [bos + ex.novice + ex.text for ex in examples]
+    batch = Batch.from_rows(bare + expert + novice, pad_id, split.head.weight.device)
+    hidden, lower = _decode_capturing(split, capture, batch.input_ids, batch.attention_mask)
+    flat = [_gather(hidden[:n], *aligned_rows(examples, bos)),
+            _gather(hidden[n: 2 * n], *aligned_rows(examples, bos, "expert")),
+            _gather(hidden[2 * n:], *aligned_rows(examples, bos, "novice"))]
+    return FrozenHidden(flat, _rows_of(lower, bare))
+
+
+@torch.no_grad()
+def frozen_hidden(split: SplitModel, rows: list[list[int]], pad_id: int, capture: int | None = None) -> FrozenHidden:
+    """The frozen model's final hidden states at every real position of ``rows`` (one pass)."""
+    batch = Batch.from_rows(rows, pad_id, split.head.weight.device)
+    hidden, lower = _decode_capturing(split, capture, batch.input_ids, batch.attention_mask)
+    return FrozenHidden([hidden[batch.flat_positions()]], _rows_of(lower, rows))
+
+
+def _decode_capturing(split, capture, input_ids, mask, positions=None, cache=None):
+    if capture is None:
+        return decode(split, input_ids, mask, positions, cache), None
+    with layer_input(split, capture) as box:
+        hidden = decode(split, input_ids, mask, positions, cache)
+    return hidden, box[0]
+
+
+def _rows_of(lower: torch.Tensor | None, rows: list[list[int]]) -> torch.Tensor | None:
+    """The first len(rows) rows of a captured tensor, cut to those rows' padded width."""
+    if lower is None:
+        return None
+    return lower[: len(rows), : max(len(r) for r in rows)]
+
+
+@torch.no_grad()
+def erase_targets_from_hidden(split: SplitModel, frozen: FrozenHidden, lengths: list[int], elm: ElmSettings,
+                              chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """P' as in ``erase_targets``, with one LM-head product per position instead of three.
+
+    The logits are linear in the final hidden states (z = W h + b), so z_base + eta * (z_novice - z_expert) =
+    W (h_base + eta * (h_novice - h_expert)) + b; the log-softmax normalizers of the three terms are one constant
+    per position, which the top-k softmax removes. The mix is formed in ``elm.target_dtype`` and the product in
+    float32 (also under bf16 autocast: eta up to 1000 would amplify bf16 rounding).
+    """
+    h_base, h_expert, h_novice = frozen.rows
+    weight, bias = split.head.weight, split.head.bias
+    dtype = DTYPES[elm.target_dtype]
+    eta = eta_per_position(lengths, elm.eta, elm.eta_schedule, elm.eta_start, weight.device, dtype)
+    size = min(head_chunk_rows(weight.shape[0], chunk), rows_per_chunk(weight.shape[0]))
+    indices, probs = [], []
+    weight32, bias32 = weight.float(), None if bias is None else bias.float()  # no copy for a float32 model
+    with torch.autocast(weight.device.type, enabled=False):
+        for part in _chunks(h_base.shape[0], size):
+            base, expert, novice = (h[part].to(dtype) for h in (h_base, h_expert, h_novice))
+            mixed = base.add_(eta[part, None] * (novice - expert))
+            scores = F.linear(mixed.float(), weight32, bias32).to(dtype)
+            idx, p = top_k_distribution(scores.div_(elm.temperature), elm.top_k)
+            indices.append(idx)
+            probs.append(p.to(torch.float32))
+    return torch.cat(indices), torch.cat(probs)
+
+
+@torch.no_grad()
+def retain_targets_from_hidden(split: SplitModel, hidden: torch.Tensor, kind: str,
+                               chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """As ``retain_targets``, from the frozen hidden states [N, H], a chunk of positions at a time."""
+    weight, bias = split.head.weight, split.head.bias
+    indices, probs = [], []
+    for part in _chunks(hidden.shape[0], head_chunk_rows(weight.shape[0], chunk)):
+        logits = F.linear(hidden[part], weight, bias)
+        if kind == "hard_ce":
+            labels = logits.argmax(-1, keepdim=True)
+            indices.append(labels)
+            probs.append(torch.ones_like(labels, dtype=torch.float32))
+        else:
+            idx, p = top_k_distribution(logits.float(), 0)
+            indices.append(idx)
+            probs.append(p)
+    return torch.cat(indices), torch.cat(probs)
 
 
 @dataclass
