@@ -233,8 +233,11 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
     if where.endswith("lora.layers"):
         return parse_layers(value)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if tp is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return float(value)  # YAML reads '1e-2' (no dot) as a string
+        except ValueError as err:
+            raise ConfigError(f"{where}={value!r} is not a number") from err
     return value
 
 
