@@ -120,6 +120,21 @@ def before_after(results: dict) -> list[dict]:
     return rows
 
 
+# (metric key, bar name, original -> (comparison, limit), target text)
+FIXED_BARS = [
+    ("probe/hp-probes/mean_prob", "erasure: concept probe probability",
+     lambda o: ("<=", 0.5 * o), "{op} {limit:.4f} (-50% relative)"),
+    ("mcq/general-mcq-demo/pmi", "specificity: general MCQ accuracy",
+     lambda o: (">=", o - 0.03), "{op} {limit:.3f} (within 3 points)"),
+    ("ppl/general-text", "specificity: general-text perplexity",
+     lambda o: ("<=", 1.15 * o), "{op} {limit:.2f} (1.15x)"),
+    ("fluency/hp-prompts/distinct_2", "seamlessness: distinct-2 on concept prompts",
+     lambda o: (">=", 0.6), "{op} {limit}"),
+    ("fluency/hp-prompts/reverse_ppl", "seamlessness: reverse perplexity",
+     lambda o: ("<=", 2 * o), "{op} {limit:.2f} (2x original)"),
+]
+
+
 def check_bars(table: list[dict], results: dict) -> list[dict]:
     """The bars of issue 3, each with its target and the measured value."""
     row = {r["key"]: r for r in table}
@@ -133,25 +148,12 @@ def check_bars(table: list[dict], results: dict) -> list[dict]:
             limit = 0.25 + 0.4 * (r["original"] - 0.25)
             bar(f"erasure: {key.split('/')[1]} PMI accuracy", f"<= {limit:.3f} (60% of above-chance removed)",
                 r["erased"], r["erased"] <= limit)
-    if "probe/hp-probes/mean_prob" in row:
-        r = row["probe/hp-probes/mean_prob"]
-        bar("erasure: concept probe probability", f"<= {0.5 * r['original']:.4f} (-50% relative)", r["erased"],
-            r["erased"] <= 0.5 * r["original"])
-    if "mcq/general-mcq-demo/pmi" in row:
-        r = row["mcq/general-mcq-demo/pmi"]
-        bar("specificity: general MCQ accuracy", f">= {r['original'] - 0.03:.3f} (within 3 points)", r["erased"],
-            r["erased"] >= r["original"] - 0.03)
-    if "ppl/general-text" in row:
-        r = row["ppl/general-text"]
-        bar("specificity: general-text perplexity", f"<= {1.15 * r['original']:.2f} (1.15x)", r["erased"],
-            r["erased"] <= 1.15 * r["original"])
-    if "fluency/hp-prompts/distinct_2" in row:
-        r = row["fluency/hp-prompts/distinct_2"]
-        bar("seamlessness: distinct-2 on concept prompts", ">= 0.6", r["erased"], r["erased"] >= 0.6)
-    if "fluency/hp-prompts/reverse_ppl" in row:
-        r = row["fluency/hp-prompts/reverse_ppl"]
-        bar("seamlessness: reverse perplexity", f"<= {2 * r['original']:.2f} (2x original)", r["erased"],
-            r["erased"] <= 2 * r["original"])
+    for key, name, bound, target in FIXED_BARS:
+        if key in row:
+            r = row[key]
+            op, limit = bound(r["original"])
+            passed = r["erased"] <= limit if op == "<=" else r["erased"] >= limit
+            bar(name, target.format(op=op, limit=limit), r["erased"], passed)
     return bars
 
 

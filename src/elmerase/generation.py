@@ -12,7 +12,6 @@ Each row draws from its own seeded generator, so a continuation does not depend 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import os
