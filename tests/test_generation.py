@@ -7,7 +7,7 @@ import torch
 
 from elmerase.config import FluencySettings
 from elmerase.fluency import build_fluency_set
-from elmerase.generation import ContinuationCache, GenerationRequest, guided_sample, guided_scores
+from elmerase.generation import ContinuationCache, GenerationRequest, guided_sample, guided_scores, nucleus
 from elmerase.prompts import PromptBank
 from elmerase.targets import encode
 
@@ -40,6 +40,28 @@ def test_gamma_zero_equals_plain_sampling_with_same_seed(tiny_model, tokenizer):
                              do_sample=True, top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=req.max_new_tokens,
                              min_new_tokens=req.max_new_tokens, pad_token_id=tokenizer.pad_token_id)
     assert ours == hf[0, len(req.prompt):].tolist()
+
+
+def test_nucleus_by_hand():
+    """Rows in any order; a token stays while the mass above it is below top_p. [.15, .5, .05, .3] at 0.8 keeps .5 and
+    .3 (mass above .15 is exactly 0.8) -> [0, .625, 0, .375]; at 0.81 it keeps .15 too -> /0.95; 1.0 changes nothing."""
+    probs = torch.tensor([[0.15, 0.5, 0.05, 0.3]])
+    assert nucleus(probs, 0.8)[0].tolist() == pytest.approx([0.0, 0.625, 0.0, 0.375])
+    assert nucleus(probs, 0.81)[0].tolist() == pytest.approx([0.15 / 0.95, 0.5 / 0.95, 0.0, 0.3 / 0.95])
+    assert nucleus(probs, 0.2)[0].tolist() == pytest.approx([0.0, 1.0, 0.0, 0.0])
+    assert torch.equal(nucleus(probs, 1.0), probs)
+
+
+def test_top_p_equals_transformers_top_p_sampling(tiny_model, tokenizer):
+    """gamma = 0 with top_p = 0.9 draws what generate(do_sample=True, top_p=0.9) draws with the same seed."""
+    req = _requests(tokenizer, lengths=(12, 4))[0]
+    ours = guided_sample(tiny_model, [req], gamma=0.0, pad_id=tokenizer.pad_token_id, eos_id=None, top_p=0.9)[0]
+    torch.manual_seed(req.seed)
+    hf = tiny_model.generate(torch.tensor([req.prompt]), attention_mask=torch.ones(1, len(req.prompt), dtype=torch.long),
+                             do_sample=True, top_k=0, top_p=0.9, temperature=1.0, max_new_tokens=req.max_new_tokens,
+                             min_new_tokens=req.max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+    assert ours == hf[0, len(req.prompt):].tolist()
+    assert ours != guided_sample(tiny_model, [req], gamma=0.0, pad_id=tokenizer.pad_token_id, eos_id=None)[0]
 
 
 def test_kv_cached_streams_equal_uncached(tiny_model, tokenizer):

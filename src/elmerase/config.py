@@ -110,6 +110,8 @@ class FluencySettings:
     """Guided generation of the fluency (consistency) continuations, done once and cached on disk."""
 
     gamma: float = _f(3.0, "Guidance scale: log p_base - gamma * (log p_expert - log p_novice).")
+    top_p: float = _f(1.0, "Nucleus sampling of the continuations: draw from the guided distribution's most likely "
+                      "tokens up to this mass (1 = the whole distribution, as the reference code).")
     min_new_tokens: int = _f(100, "Each continuation's length is drawn from [min_new_tokens, max_new_tokens].")
     max_new_tokens: int = _f(300, "Upper bound of the continuation length (reference: 100-300).")
     batch_size: int = _f(8, "Texts generated together.")
@@ -202,6 +204,8 @@ class EraseConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{name}={value} must be at least 1")
+        if not 0.0 < self.fluency.top_p <= 1.0:
+            raise ConfigError(f"fluency.top_p={self.fluency.top_p} must be in (0, 1]; 1 samples the whole distribution")
         if self.fluency.min_new_tokens > self.fluency.max_new_tokens:
             raise ConfigError("fluency.min_new_tokens must not exceed fluency.max_new_tokens")
         if not self.concepts:

@@ -41,7 +41,7 @@ def demo_suite(extra_mcq: dict[str, str] | None = None, limit: int | None = None
         "perplexity": [{"name": "hp-text", "source": str(builtin_path("hp_heldout"))},
                        {"name": "general-text", "source": str(builtin_path("general_heldout"))}],
         "fluency": [{"name": "hp-prompts", "prompts": HARRY_POTTER_PROMPTS,
-                     "sampling": {"max_new_tokens": 48, "samples_per_prompt": 3}}],
+                     "sampling": {"max_new_tokens": 48, "samples_per_prompt": 8}}],
         "generations": {"prompts": HARRY_POTTER_PROMPTS + GENERAL_PROMPTS, "max_new_tokens": 40},
     }
 

@@ -47,7 +47,8 @@ def build_fluency_set(model, tokenizer, texts: list[str], text_ids: list[list[in
             novice=bos + encode(tokenizer, guidance_prefix(contexts.novice)),
             max_new_tokens=length, seed=seed)
         key = cache.key(model=fingerprint, concept=concept, prompt=request.prompt, expert=request.expert,
-                        novice=request.novice, gamma=settings.gamma, length=length, seed=seed)
+                        novice=request.novice, gamma=settings.gamma, length=length, seed=seed,
+                        **({"top_p": settings.top_p} if settings.top_p < 1.0 else {}))
         plans.append((key, ids, deflection_ids, request))
     missing = [p for p in plans if cache.get(p[0]) is None]
     if missing:
@@ -59,7 +60,7 @@ def build_fluency_set(model, tokenizer, texts: list[str], text_ids: list[list[in
     for start in range(0, len(order), settings.batch_size):
         chunk = order[start: start + settings.batch_size]
         outs = guided_sample(model, [p[3] for p in chunk], settings.gamma, pad, tokenizer.eos_token_id,
-                             fused=fused)
+                             fused=fused, top_p=settings.top_p)
         for (key, *_), out in zip(chunk, outs):
             cache.put(key, out, tokenizer.decode(out))
         bar.update(len(chunk))

@@ -36,6 +36,17 @@ def guided_scores(base: torch.Tensor, expert: torch.Tensor | None, novice: torch
     return scores - gamma * (F.log_softmax(expert.float(), dim=-1) - F.log_softmax(novice.float(), dim=-1))
 
 
+def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep each row's most likely tokens up to ``top_p`` of the mass (a token stays while the mass of the tokens
+    above it is below top_p, as transformers' top-p warper), renormalized; top_p >= 1 changes nothing."""
+    if top_p >= 1.0:
+        return probs
+    ordered, order = probs.sort(dim=-1, descending=True)
+    ordered = ordered.masked_fill(ordered.cumsum(-1) - ordered >= top_p, 0.0)
+    kept = torch.zeros_like(probs).scatter_(-1, order, ordered)
+    return kept / kept.sum(-1, keepdim=True)
+
+
 @dataclass
 class GenerationRequest:
     """One continuation to sample: the prompt, the two guidance contexts, the length and the seed."""
@@ -86,8 +97,11 @@ def mixed_guided_scores(split, base: torch.Tensor, expert: torch.Tensor, novice:
 
 @torch.inference_mode()
 def guided_sample(model, requests: list[GenerationRequest], gamma: float, pad_id: int,
-                  eos_id: int | None = None, use_cache: bool = True, fused: bool = True) -> list[list[int]]:
+                  eos_id: int | None = None, use_cache: bool = True, fused: bool = True,
+                  top_p: float = 1.0) -> list[list[int]]:
     """Sample one continuation per request; the streams of all requests run in one batch per step.
+
+    Each token is drawn from softmax of the guided scores, cut to its ``top_p`` nucleus when top_p < 1.
 
     A request that is done leaves the batch (its rows and cache entries are dropped), so a batch costs what its
     live rows need. With ``fused`` (and a supported architecture) the three streams' hidden states are mixed
@@ -111,7 +125,7 @@ def guided_sample(model, requests: list[GenerationRequest], gamma: float, pad_id
         n = len(live)
         now = _streams(logits, n, streams_per)
         scores = guided_scores(*now, gamma) if split is None else mixed_guided_scores(split, *now, gamma)
-        probs = torch.softmax(scores, dim=-1).cpu()
+        probs = nucleus(torch.softmax(scores, dim=-1), top_p).cpu()
         step = torch.empty(n, dtype=torch.long)
         for j, i in enumerate(live):
             step[j] = int(torch.multinomial(probs[j], 1, generator=generators[i]))

@@ -145,6 +145,53 @@ def fused_kl_divergence(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.
     return fused_head_cross_entropy(hidden, weight, bias, indices, probs, chunk) - entropy
 
 
+class _FusedTeacherCrossEntropy(torch.autograd.Function):
+    """mean_i H(P_i, Q_i) (or KL) with both distributions over the whole vocabulary given by final hidden states:
+    P = softmax(W t + b) of the frozen teacher, Q = softmax(W h + b) of the student; chunked like the sparse form.
+
+    Per row: H = logsumexp(z) - sum_j P_j z_j (P sums to 1), KL = H - H(P), dL/dz = Q - P, dL/dh = (dL/dz) W.
+    Only [chunk, V] blocks of the two logits live at a time: no [N, V] target is stored between passes.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, teacher, weight, bias, kl, chunk):
+        n = hidden.shape[0]
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        for start in range(0, n, chunk):
+            rows = slice(start, min(start + chunk, n))
+            logits = F.linear(hidden[rows], weight, bias).float()
+            log_p = F.log_softmax(F.linear(teacher[rows], weight, bias).float(), dim=-1)
+            p = log_p.exp()
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - (p * logits).sum(-1)).sum()
+            if kl:
+                total += (p * log_p).sum()
+            if grad is not None:
+                dz = torch.exp(logits - lse[:, None]).sub_(p).div_(n)
+                grad[rows] = (dz.to(weight.dtype) @ weight).to(hidden.dtype)
+        ctx.save_for_backward(grad)
+        return total / n
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_output.to(grad.dtype), None, None, None, None, None
+
+
+def fused_teacher_loss(kind: str, hidden: torch.Tensor, teacher: torch.Tensor, weight: torch.Tensor,
+                       bias: torch.Tensor | None, chunk: int = 0) -> torch.Tensor:
+    """Mean soft CE ('soft_ce' / 'ce') or KL ('kl') of the student's head on ``hidden`` [N, H] against the frozen
+    model's full distribution on ``teacher`` [N, H] (the same positions): the paper's retain loss, without [N, V]
+    targets. Equals ``distribution_loss(kind, W h + b, all ids, softmax(W t + b))`` in value and gradient."""
+    if kind not in ("ce", "soft_ce", "kl"):
+        raise ValueError(f"unknown loss '{kind}': use ce, soft_ce or kl")
+    if hidden.shape[0] == 0:
+        raise ValueError("fused_teacher_loss needs at least one position")
+    rows = head_chunk_rows(weight.shape[0], chunk)
+    return _FusedTeacherCrossEntropy.apply(hidden, teacher, weight, bias, kind == "kl", rows)
+
+
 def fused_distribution_loss(kind: str, hidden, weight, bias, indices, probs, chunk: int = 0) -> torch.Tensor:
     """The fused counterpart of ``distribution_loss``."""
     if kind in ("ce", "soft_ce"):

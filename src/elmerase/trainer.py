@@ -21,7 +21,7 @@ import torch
 from .config import EraseConfig
 from .data import ConceptData, Stream, concept_schedule, load_concept
 from .fluency import build_fluency_set
-from .losses import distribution_loss, fused_distribution_loss, hard_cross_entropy
+from .losses import distribution_loss, fused_distribution_loss, fused_teacher_loss, hard_cross_entropy
 from .models import attach_lora, first_lora_layer, load_model, lora_parameters, uses_bos
 from .passes import SplitModel, TemplateCache, decode, split_model
 from .prompts import PromptBank, concept_phrase
@@ -166,6 +166,8 @@ def retain_loss(run: Run, rows: list[list[int]], weight: float) -> tuple[float, 
     """CE (or KL) of the LoRA model against the frozen model on retain rows; returns (loss, tokens)."""
     kind = run.cfg.elm.retain_loss
     batch = Batch.from_rows(rows, run.pad_id, run.device)
+    if kind != "hard_ce" and run.split is not None and run.cfg.speed.fused_loss:
+        return _teacher_retain_loss(run, rows, batch, kind, weight)
     with run.timer.phase("frozen"):
         indices, probs, lower = _retain_targets(run, rows, kind)
     with run.timer.phase("student_retain"):
@@ -191,6 +193,21 @@ def _retain_targets(run: Run, rows: list[list[int]], kind: str):
         for row, labels in zip(rows, indices.split([len(r) for r in rows])):
             run.retain_labels[tuple(row)] = labels
     return indices, probs, lower
+
+
+def _teacher_retain_loss(run: Run, rows: list[list[int]], batch: Batch, kind: str, weight: float) -> tuple[float, int]:
+    """Soft CE / KL against the frozen model's whole distribution, kept as its final hidden states: the LM head of
+    both models runs a chunk of positions at a time inside the loss (no [N, V] target)."""
+    with run.timer.phase("frozen"), frozen_model(run.model):
+        frozen = frozen_hidden(run.split, rows, run.pad_id, run.capture)
+    with run.timer.phase("student_retain"):
+        run.model.train()
+        run.timer.count("student_tokens", batch.input_ids.numel())
+        hidden = _student_hidden(run, batch, frozen.lower)
+        head = run.split.head
+        run.timer.count("head_positions", hidden.shape[0])
+        loss = fused_teacher_loss(kind, hidden, frozen.rows[0], head.weight, head.bias, run.cfg.speed.loss_chunk)
+        return _backward(loss, weight), batch.n_tokens
 
 
 def fluency_loss(run: Run, examples: list[FluencyExample], weight: float) -> tuple[float, int]:
@@ -232,13 +249,18 @@ def _student_loss(run: Run, batch: Batch, lower, kind: str, indices, probs) -> t
     if run.split is None:
         run.timer.count("head_positions", batch.input_ids.numel())
         return distribution_loss(kind, _student_logits(run.model, batch), indices, probs)
+    return _head_loss(run, _student_hidden(run, batch, lower), kind, indices, probs)
+
+
+def _student_hidden(run: Run, batch: Batch, lower) -> torch.Tensor:
+    """The LoRA model's final hidden states [N, H] at the real positions of ``batch``, from ``lower`` when given."""
     if lower is None:
         hidden = decode(run.split, batch.input_ids, batch.attention_mask)
     else:
         run.timer.count("skipped_tokens", batch.input_ids.numel())
         hidden = decode(run.split, attention_mask=batch.attention_mask, inputs_embeds=lower,
                         start_layer=run.capture)
-    return _head_loss(run, hidden[batch.flat_positions()], kind, indices, probs)
+    return hidden[batch.flat_positions()]
 
 
 def _head_loss(run: Run, hidden: torch.Tensor, kind: str, indices, probs) -> torch.Tensor:
