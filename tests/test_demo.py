@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from elmerase.demo import ROWS, before_after, check_bars, run_demo
+from elmerase.demo import ROWS, before_after, check_bars, format_generations, run_demo
+from elmerase.prompts import HARRY_POTTER_PROMPTS
 
 FILES = ["adapter/adapter_model.safetensors", "adapter/adapter_config.json", "config.yaml", "metrics.jsonl",
          "losses.png", "samples.md", "eval.json", "eval.png", "report.md"]
@@ -19,6 +20,10 @@ def _check_outputs(out, result):
     for label, _, _ in ROWS:
         assert label in report
     assert "Harry Potter's best friend is" in report
+    printed = format_generations(result.generations)
+    assert [r["prompt"] for r in result.generations][:4] == HARRY_POTTER_PROMPTS
+    for row in result.generations[:4]:
+        assert row["prompt"] in printed and set(row) == {"prompt", "original", "erased"}
     evaluation = json.loads((out / "eval.json").read_text())
     for row in result.table:
         values = evaluation["metrics"][row["key"]]["values"]

@@ -52,6 +52,7 @@ class DemoResult:
     table: list[dict]  # the before / after rows
     bars: list[dict]  # each bar: name, target, measured, passed
     seconds: dict  # phase -> seconds
+    generations: list[dict]  # per prompt: {"prompt", "original": {style: text}, "erased": {style: text}}
 
 
 def run_demo(output: str | Path = "runs/demo", config: str | EraseConfig = DEMO_PRESET,
@@ -86,7 +87,7 @@ def run_demo(output: str | Path = "runs/demo", config: str | EraseConfig = DEMO_
         table = before_after(results)
         bars = check_bars(table, results)
         _prepend_summary(stage / "report.md", cfg, table, bars, seconds)
-    return DemoResult(out, table, bars, seconds)
+    return DemoResult(out, table, bars, seconds, results["generations"])
 
 
 ROWS = [  # (label, metric key prefix, unit)
@@ -169,6 +170,17 @@ def format_bars(bars: list[dict]) -> str:
     lines = ["| bar | target | measured | |", "|---|---|---|---|"]
     for b in bars:
         lines.append(f"| {b['bar']} | {b['target']} | {b['measured']} | {'pass' if b['passed'] else 'MISS'} |")
+    return "\n".join(lines)
+
+
+def format_generations(generations: list[dict], style: str = "greedy", width: int = 150) -> str:
+    """The side-by-side continuations of one style as plain text: the prompt, then one line per model."""
+    lines = []
+    for row in generations:
+        lines.append(row["prompt"])
+        for label in ("original", "erased"):
+            text = " ".join(row.get(label, {}).get(style, "").split())
+            lines.append(f"  {label:>8}: ...{text[:width]}")
     return "\n".join(lines)
 
 

@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..demo import format_bars, format_table, run_demo
+    from ..demo import format_bars, format_generations, format_table, run_demo
 
     extra = {}
     for item in args.mcq:
@@ -40,6 +40,7 @@ def run(args) -> int:
         extra[name] = path
     result = run_demo(args.output, args.config, args.overrides, args.overwrite, extra, args.eval_limit,
                       progress=not args.quiet)
+    print("\ngreedy continuations, original vs erased:\n" + format_generations(result.generations))
     print("\n" + format_table(result.table) + "\n\n" + format_bars(result.bars))
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
     print(f"\ntime: {timing}\nwrote {result.output_dir} (report.md, eval.json, eval.png, adapter/, samples.md)")
