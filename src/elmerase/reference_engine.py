@@ -6,8 +6,9 @@ unless told otherwise:
 
 1. the LoRA model's logits on the erase text (BOS + text);
 2. three separate frozen passes (text, expert context + text, novice context + text, each tokenized as one string);
-   their logits go to float64, are divided by T and log-softmaxed over the whole vocabulary; eta ramps over the
-   positions and is repeated to [n, V]; target = base + eta * (novice - expert) is clamped to its top k, softmaxed;
+   their logits go to float64, are divided by T and log-softmaxed over the whole vocabulary, the text's positions
+   are picked by boolean masks; eta ramps over the positions and is repeated to [n, V]; target = base + eta *
+   (novice - expert) is clamped to its top k, softmaxed;
 3. soft cross-entropy against that target and its backward;
 4. a frozen pass over a retain text (softmax over the vocabulary, argmax), the LoRA pass, hard CE, backward;
 5. a fresh guided generation of min..max new tokens (100-300) with ``generate`` and a logits processor that runs the
@@ -121,7 +122,8 @@ class ReferenceEngine:
                     for p in (text, expert + text, novice + text)]
         self.model.train()
         n, vocab = logp[0].shape
-        base, expert_lp, novice_lp = logp[0], logp[1][-n:], logp[2][-n:]
+        # the text's positions picked with boolean masks, as the original does (each pick is a copy; slices are not)
+        base, expert_lp, novice_lp = (lp[self._text_mask(len(lp), n)] for lp in logp)
         if elm.eta_schedule == "linear":
             ramp = torch.linspace(elm.eta_start, elm.eta, n, dtype=torch.float64, device=self.device)
         else:
@@ -173,6 +175,10 @@ class ReferenceEngine:
         self.model.train()
         self.timer.count("generated_tokens", out.shape[1] - inputs["input_ids"].shape[1])
         return out
+
+    def _text_mask(self, length: int, n: int) -> torch.Tensor:
+        """True at the last ``n`` of ``length`` positions."""
+        return torch.cat([torch.zeros(length - n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)]).to(self.device)
 
     def _cut(self, text: str) -> str:
         """The text cut to data.max_tokens tokens, as our engine cuts it (the same work for both engines)."""
