@@ -97,7 +97,7 @@ def format_results(results) -> str:
     for r in results:
         mfu = f"{100 * r.mfu:.1f}%" if r.mfu is not None else "-"
         lines.append(f"{r.engine:<26}{r.samples_per_s:>10.4g}{r.train_samples_per_s:>9.4g}{r.tokens_per_s:>10.4g}"
-                     f"{median(r.step_seconds):>9.3g}{r.peak_memory / 2**30:>7.2f} GB {r.memory_kind:<8}"
+                     f"{median(r.step_seconds):>9.3g}{r.peak_memory / 2**30:>7.2f} GiB {r.memory_kind:<7}"
                      f"{mfu:>7}{r.recipe_hours:>12.3g} h")
     lines.append("")
     names = [*PHASES, "other"]
