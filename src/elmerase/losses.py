@@ -91,37 +91,56 @@ def head_chunk_rows(vocab: int, chunk: int = 0, budget: int = 2**24) -> int:
     return chunk if chunk > 0 else max(1, budget // max(vocab, 1))
 
 
+def _chunked_head_loss(ctx, hidden, weight, bias, chunk, block) -> torch.Tensor:
+    """mean_i L(z_i), z = W h + b, over N rows of ``hidden``, a [chunk, V] block of logits at a time.
+
+    ``block(rows, z, want_grad)`` returns the chunk's summed loss and, when asked, dL/dz [chunk, V] of the mean (the
+    per-row gradient divided by N); dL/dh = (dL/dz) W is computed here in the forward pass and saved for
+    ``backward`` (W gets no gradient: the LM head is frozen).
+    """
+    n = hidden.shape[0]
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+    for start in range(0, n, chunk):
+        rows = slice(start, min(start + chunk, n))
+        loss, dz = block(rows, F.linear(hidden[rows], weight, bias).float(), grad is not None)
+        total += loss
+        if grad is not None:
+            grad[rows] = (dz.to(weight.dtype) @ weight).to(hidden.dtype)
+    ctx.save_for_backward(grad)
+    return total / n
+
+
+def _saved_grad(ctx, grad_output):
+    """The backward of a ``_chunked_head_loss`` function of six inputs: dL/dh scaled, nothing for the others."""
+    (grad,) = ctx.saved_tensors
+    return grad * grad_output.to(grad.dtype), None, None, None, None, None
+
+
 class _FusedHeadCrossEntropy(torch.autograd.Function):
-    """mean_i H(P'_i, softmax(W h_i + b)) over N positions, chunked; dL/dh is computed in the forward pass.
+    """mean_i H(P'_i, softmax(W h_i + b)) over N positions, chunked (``_chunked_head_loss``).
 
     Per row, with Q = softmax(z), z = W h + b and P' sparse on ``indices`` (sum s = sum_j P'_j):
-    L = s * logsumexp(z) - sum_j P'_j z_j  and  dL/dz = s * Q - P' (scattered), dL/dh = (dL/dz) W.
-    Only a [chunk, V] block of logits lives at a time; W gets no gradient (the LM head is frozen).
+    L = s * logsumexp(z) - sum_j P'_j z_j  and  dL/dz = s * Q - P' (scattered).
     """
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, indices, probs, chunk):
         n = hidden.shape[0]
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        for start in range(0, n, chunk):
-            rows = slice(start, min(start + chunk, n))
-            logits = F.linear(hidden[rows], weight, bias).float()
+
+        def block(rows, logits, want_grad):
             p = probs[rows].to(torch.float32)
             lse = torch.logsumexp(logits, dim=-1)
             mass = p.sum(-1)
-            total += (lse * mass - (p * logits.gather(-1, indices[rows])).sum(-1)).sum()
-            if grad is not None:
-                dz = torch.exp(logits - lse[:, None]).mul_(mass[:, None] / n)
-                dz.scatter_add_(-1, indices[rows], -p / n)
-                grad[rows] = (dz.to(weight.dtype) @ weight).to(hidden.dtype)
-        ctx.save_for_backward(grad)
-        return total / n
+            loss = (lse * mass - (p * logits.gather(-1, indices[rows])).sum(-1)).sum()
+            if not want_grad:
+                return loss, None
+            dz = torch.exp(logits - lse[:, None]).mul_(mass[:, None] / n)
+            return loss, dz.scatter_add_(-1, indices[rows], -p / n)
 
-    @staticmethod
-    def backward(ctx, grad_output):
-        (grad,) = ctx.saved_tensors
-        return grad * grad_output.to(grad.dtype), None, None, None, None, None
+        return _chunked_head_loss(ctx, hidden, weight, bias, chunk, block)
+
+    backward = staticmethod(_saved_grad)
 
 
 def fused_head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -149,32 +168,25 @@ class _FusedTeacherCrossEntropy(torch.autograd.Function):
     """mean_i H(P_i, Q_i) (or KL) with both distributions over the whole vocabulary given by final hidden states:
     P = softmax(W t + b) of the frozen teacher, Q = softmax(W h + b) of the student; chunked like the sparse form.
 
-    Per row: H = -sum_j P_j log Q_j, KL = sum_j P_j (log P_j - log Q_j), dL/dz = Q - P, dL/dh = (dL/dz) W.
+    Per row: H = -sum_j P_j log Q_j, KL = sum_j P_j (log P_j - log Q_j), dL/dz = Q - P.
     Only [chunk, V] blocks of the two logits live at a time: no [N, V] target is stored between passes.
     """
 
     @staticmethod
     def forward(ctx, hidden, teacher, weight, bias, kl, chunk):
         n = hidden.shape[0]
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        for start in range(0, n, chunk):
-            rows = slice(start, min(start + chunk, n))
-            log_q = F.log_softmax(F.linear(hidden[rows], weight, bias).float(), dim=-1)
+
+        def block(rows, logits, want_grad):
+            log_q = F.log_softmax(logits, dim=-1)
             log_p = F.log_softmax(F.linear(teacher[rows], weight, bias).float(), dim=-1)
             p = log_p.exp()
             # KL term by term (log p - log q), not H(P, Q) - H(P): exact zero for equal models, no cancellation
-            total += (p * (log_p - log_q if kl else -log_q)).sum()
-            if grad is not None:
-                dz = log_q.exp_().sub_(p).div_(n)
-                grad[rows] = (dz.to(weight.dtype) @ weight).to(hidden.dtype)
-        ctx.save_for_backward(grad)
-        return total / n
+            loss = (p * (log_p - log_q if kl else -log_q)).sum()
+            return loss, log_q.exp_().sub_(p).div_(n) if want_grad else None
 
-    @staticmethod
-    def backward(ctx, grad_output):
-        (grad,) = ctx.saved_tensors
-        return grad * grad_output.to(grad.dtype), None, None, None, None, None
+        return _chunked_head_loss(ctx, hidden, weight, bias, chunk, block)
+
+    backward = staticmethod(_saved_grad)
 
 
 def fused_teacher_loss(kind: str, hidden: torch.Tensor, teacher: torch.Tensor, weight: torch.Tensor,
